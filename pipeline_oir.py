@@ -39,6 +39,7 @@ from diffusers.image_processor import PipelineImageInput, VaeImageProcessor
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput, logging
 from diffusers.utils.accelerate_utils import apply_forward_hook
+from diffusers.utils.torch_utils import randn_tensor
 
 
 logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
@@ -242,17 +243,33 @@ def search_metric(editing_scores: Sequence[float], non_editing_scores: Sequence[
     return scores, best
 
 
-def splice_chains(lengths: Sequence[int]) -> list[list[int]]:
-    """Packs denoising chains into lanes that run back to back (paper, appendix A.4).
+def splice_chains(lengths: Sequence[int], num_lanes: int | None = None) -> list[list[int]]:
+    """Packs denoising chains into lanes whose chains run back to back, one lane per batch row (paper, A.4).
 
-    The longest chain shares a lane with the shortest, the second longest with the second shortest, and so on, so
-    that for lengths ``1..N`` every lane is ``N + 1`` steps long. Returns lists of chain indices (longest first).
+    With ``num_lanes=None`` (the paper's splicing), the longest remaining chain opens a lane and the shortest
+    remaining chains follow it while the lane stays within ``max(lengths) + 1`` steps: for lengths ``1..N`` the chain
+    of length ``i`` shares a lane with the chain of length ``N + 1 - i``, so ``ceil(N / 2)`` lanes finish together
+    after ``N + 1`` steps. With ``num_lanes=B`` (a memory cap), chains are packed longest first into the lane with
+    the least work (for ``1..N`` and ``B = N / 2`` the same pairs). Returns lists of chain indices.
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    lanes, lo, hi = [], 0, len(order) - 1
-    while lo <= hi:
-        lanes.append([order[lo]] if lo == hi else [order[lo], order[hi]])
-        lo, hi = lo + 1, hi - 1
+    if num_lanes is None:
+        budget = max(lengths, default=0) + 1
+        lanes, lo, hi = [], 0, len(order) - 1
+        while lo <= hi:
+            lane, work = [order[lo]], lengths[order[lo]]
+            lo += 1
+            while lo <= hi and work + lengths[order[hi]] <= budget:
+                lane.append(order[hi])
+                work += lengths[order[hi]]
+                hi -= 1
+            lanes.append(lane)
+        return lanes
+    lanes, work = [[] for _ in range(min(num_lanes, len(lengths)))], [0] * min(num_lanes, len(lengths))
+    for chain in order:
+        lane = work.index(min(work))
+        lanes[lane].append(chain)
+        work[lane] += lengths[chain]
     return lanes
 
 
@@ -407,7 +424,7 @@ def mask_to_tensor(mask: Any) -> torch.Tensor:
             mask = mask.convert("RGBA").getchannel("A")
         mask = np.asarray(mask.convert("L"))
     if isinstance(mask, np.ndarray):
-        mask = torch.from_numpy(np.ascontiguousarray(mask))
+        mask = torch.from_numpy(np.array(mask))
     if not isinstance(mask, torch.Tensor):
         raise ValueError(f"a mask must be a PIL image, a numpy array or a torch tensor, got {type(mask).__name__}.")
     mask = mask.detach().cpu()
@@ -594,10 +611,11 @@ class OIRPipeline(DiffusionPipeline):
         output_type,
         clip_mask,
         search_text,
-    ) -> tuple[list[Edit], list[str], torch.Tensor | None, int, int, list[int] | None, list[int]]:
+        mask_options=None,
+    ) -> tuple[list[Edit], list[str], torch.Tensor | None, int, int, list[int] | None, list[int], dict]:
         """Validates every argument before any model runs; returns the parsed edits, their guided prompts, the
-        prepared masks (``None`` when they are to be generated), ``i_r``, ``i_re``, the optimal steps and the
-        searched steps."""
+        prepared masks (``None`` when they are to be generated), ``i_r``, ``i_re``, the optimal steps, the
+        searched steps and the built-in mask's options."""
         height, width = self._check_image(image)
         for name, prompt in (("source_prompt", source_prompt), ("target_prompt", target_prompt)):
             if not isinstance(prompt, str) or not prompt.strip():
@@ -662,6 +680,11 @@ class OIRPipeline(DiffusionPipeline):
             masks = self.prepare_masks(masks, height, width)
         elif mask_generator is not None and not callable(mask_generator):
             raise ValueError(f"`mask_generator` must be a callable (image, phrases) -> masks, got {mask_generator!r}.")
+        defaults = {"num_maps": 10, "strength": 0.5, "threshold": 0.5, "dilation": 0}
+        if mask_options is not None and (not isinstance(mask_options, dict) or set(mask_options) - set(defaults)):
+            raise ValueError(f"`mask_options` must be a dict with keys among {sorted(defaults)}, got {mask_options!r}.")
+        mask_options = {**defaults, **(mask_options or {})}
+        self._check_mask_options(**mask_options)
 
         if inversion is not None:
             if not isinstance(inversion, OIRInversion):
@@ -678,7 +701,7 @@ class OIRPipeline(DiffusionPipeline):
             expected = (height // self.vae_scale_factor, width // self.vae_scale_factor)
             if tuple(inversion.latents.shape[-2:]) != expected:
                 raise ValueError(f"`inversion` latents are {tuple(inversion.latents.shape[-2:])}, the image needs {expected}.")
-        return edits, prompts, masks, i_r, i_re, optimal_steps, search_steps
+        return edits, prompts, masks, i_r, i_re, optimal_steps, search_steps, mask_options
 
     # ------------------------------------------------------------------------------------------------------------------
     # Building blocks
@@ -779,51 +802,40 @@ class OIRPipeline(DiffusionPipeline):
         self, chains: Sequence[_Chain], timesteps: torch.Tensor, guidance_scale: float, batch_size: int | None,
         desc: str,
     ) -> list[torch.Tensor]:
-        """Runs DDIM chains spliced into lanes (see `splice_chains`), ``batch_size`` lanes per UNet call; returns each
-        chain's final latent. Chain ``c`` takes its step ``j`` at ``t = timesteps[N - c.start + j]``."""
+        """Runs DDIM chains spliced into lanes (see `splice_chains`; ``batch_size`` caps the lanes, i.e. the chains per
+        UNet call), all lanes advancing together with one UNet call per step; returns each chain's final latent.
+        Chain ``c`` takes its step ``j`` at ``t = timesteps[N - c.start + j]``, each row of a batch at its own ``t``."""
         n = len(timesteps)
         ratio = self._timestep_ratio(n)
-        results: list[torch.Tensor | None] = [None] * len(chains)
-        lanes = [lane for lane in splice_chains([c.num_steps for c in chains]) if any(chains[c].num_steps for c in lane)]
-        for c, chain in enumerate(chains):
-            if chain.num_steps == 0:
-                results[c] = chain.latent
-        batch_size = batch_size or max(len(lanes), 1)
-        groups = [lanes[g : g + batch_size] for g in range(0, len(lanes), batch_size)]
-        lane_length = [sum(chains[c].num_steps for c in lane) for lane in lanes]
-        total = sum(max(lane_length[g : g + batch_size]) for g in range(0, len(lanes), batch_size))
-        bar = self.progress_bar(total=total)
+        results = [chain.latent if chain.num_steps == 0 else None for chain in chains]
+        running = [c for c, chain in enumerate(chains) if chain.num_steps > 0]
+        lanes = [[running[c] for c in lane] for lane in splice_chains([chains[c].num_steps for c in running], batch_size)]
+        bar = self.progress_bar(total=max((sum(chains[c].num_steps for c in lane) for lane in lanes), default=0))
+        # Per lane: the chain it runs, that chain's next step, and its latent.
+        state = [[lane.pop(0), 0] for lane in lanes]
+        latents = [chains[c].latent for c, _ in state]
         bar.set_description(desc)
         with bar:
-            for group in groups:
-                # Per lane: its chains still to run, the running chain, its step and its latent.
-                queue = [[c for c in lane if chains[c].num_steps] for lane in group]
-                state = [[q.pop(0), 0] for q in queue]
-                latents = [chains[c].latent for c, _ in state]
-                while any(s is not None for s in state):
-                    active = [k for k, s in enumerate(state) if s is not None]
-                    ids = [state[k][0] for k in active]
-                    t = torch.stack([timesteps[n - chains[c].start + state[k][1]] for k, c in zip(active, ids)])
-                    x = torch.stack([latents[k] for k in active])
-                    cond = torch.stack([chains[c].cond for c in ids])
-                    uncond = None if chains[ids[0]].uncond is None else torch.stack([chains[c].uncond for c in ids])
-                    eps = self._noise_prediction(x, t.to(x.device), cond, uncond, guidance_scale)
-                    x = ddim_step(
-                        x, eps, alphas_at(self.scheduler, t), alphas_at(self.scheduler, t - ratio),
-                        self.scheduler.config.prediction_type,
-                    )
-                    for row, k in enumerate(active):
-                        c, step = state[k][0], state[k][1] + 1
-                        latents[k] = x[row]
-                        state[k][1] = step
-                        if step == chains[c].num_steps:
-                            results[c] = x[row]
-                            if queue[k]:
-                                state[k] = [queue[k].pop(0), 0]
-                                latents[k] = chains[state[k][0]].latent
-                            else:
-                                state[k] = None
-                    bar.update()
+            while any(s is not None for s in state):
+                active = [k for k, s in enumerate(state) if s is not None]
+                ids = [state[k][0] for k in active]
+                t = torch.stack([timesteps[n - chains[c].start + state[k][1]] for k, c in zip(active, ids)])
+                x = torch.stack([latents[k] for k in active])
+                cond = torch.stack([chains[c].cond for c in ids])
+                uncond = None if chains[ids[0]].uncond is None else torch.stack([chains[c].uncond for c in ids])
+                eps = self._noise_prediction(x, t.to(x.device), cond, uncond, guidance_scale)
+                x = ddim_step(
+                    x, eps, alphas_at(self.scheduler, t), alphas_at(self.scheduler, t - ratio),
+                    self.scheduler.config.prediction_type,
+                )
+                for row, k in enumerate(active):
+                    c, step = state[k][0], state[k][1] + 1
+                    latents[k], state[k][1] = x[row], step
+                    if step == chains[c].num_steps:
+                        results[c] = x[row]
+                        state[k] = [lanes[k].pop(0), 0] if lanes[k] else None
+                        latents[k] = chains[state[k][0]].latent if state[k] else None
+                bar.update()
         return results
 
     # ------------------------------------------------------------------------------------------------------------------
@@ -1072,6 +1084,83 @@ class OIRPipeline(DiffusionPipeline):
     # Masks
     # ------------------------------------------------------------------------------------------------------------------
 
+    @torch.no_grad()
+    def _noise_difference_masks(
+        self,
+        image: PipelineImageInput,
+        source_prompt: str,
+        target_prompts: Sequence[str],
+        num_maps: int,
+        strength: float,
+        threshold: float,
+        dilation: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+    ) -> torch.Tensor:
+        """DiffEdit-style masks ``(K, 1, H, W)``: where the noise predicted for a target prompt differs from the noise
+        predicted for the source prompt. ``num_maps`` noisings of the image at ``strength`` for all prompts go through
+        one batched UNet call."""
+        height, width = self._check_image(image)
+        z_0 = self.encode_image(self.preprocess_image(image))
+        embeds = self.encode_prompt([source_prompt] + list(target_prompts))  # (1 + K, L, D)
+        t = torch.tensor([min(int(strength * self.scheduler.config.num_train_timesteps), 999)], device=z_0.device)
+        noise = randn_tensor((num_maps, *z_0.shape[1:]), generator=generator, device=z_0.device, dtype=z_0.dtype)
+        noisy = self.scheduler.add_noise(z_0.expand(num_maps, -1, -1, -1), noise, t)
+        count = embeds.shape[0]
+        eps = self.unet(
+            noisy.repeat(count, 1, 1, 1), t.expand(num_maps * count),
+            encoder_hidden_states=embeds.repeat_interleave(num_maps, dim=0),
+        ).sample.float()
+        eps = eps.view(count, num_maps, *eps.shape[1:])
+        difference = (eps[1:] - eps[:1]).abs().mean(dim=(1, 2))  # (K, h, w)
+        difference = difference / difference.flatten(1).max(dim=1).values.clamp(min=1e-12)[:, None, None]
+        masks = F.interpolate(difference[:, None], size=(height, width), mode="bilinear", align_corners=False)
+        masks = (masks >= threshold).float()
+        if dilation > 0:
+            masks = F.max_pool2d(masks, kernel_size=2 * dilation + 1, stride=1, padding=dilation)
+        return masks.cpu()
+
+    def generate_mask(
+        self,
+        image: PipelineImageInput,
+        source_prompt: str,
+        target_prompt: str,
+        num_maps: int = 10,
+        strength: float = 0.5,
+        threshold: float = 0.5,
+        dilation: int = 0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+    ) -> PIL.Image.Image:
+        r"""The built-in automatic mask: where ``target_prompt`` changes the model's noise prediction (DiffEdit-style).
+
+        The image latent is noised ``num_maps`` times to ``strength * T``; the mask is the mean absolute difference
+        of the noise predicted under ``target_prompt`` (an edit's guided prompt) and ``source_prompt``, normalised
+        to ``[0, 1]``, upsampled to the image, thresholded at ``threshold`` and dilated by ``dilation`` pixels. It
+        needs no extra weights but is coarse (latent resolution) and can miss objects the model does not
+        "see" changing: look at it before editing, and prefer Grounded-SAM or your own masks for precise edits.
+
+        Returns:
+            A binary mask (PIL image, mode ``"L"``, 0/255) of the image's size.
+        """
+        for name, prompt in (("source_prompt", source_prompt), ("target_prompt", target_prompt)):
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError(f"`{name}` must be a non-empty string, got {prompt!r}.")
+        self._check_mask_options(num_maps, strength, threshold, dilation)
+        mask = self._noise_difference_masks(
+            image, source_prompt, [target_prompt], num_maps, strength, threshold, dilation, generator
+        )
+        return PIL.Image.fromarray((mask[0, 0].numpy() * 255).astype(np.uint8), mode="L")
+
+    @staticmethod
+    def _check_mask_options(num_maps, strength, threshold, dilation) -> None:
+        if isinstance(num_maps, bool) or not isinstance(num_maps, int) or num_maps < 1:
+            raise ValueError(f"`num_maps` must be a positive integer, got {num_maps!r}.")
+        if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+            raise ValueError(f"`strength` must be in (0, 1], got {strength!r}.")
+        if not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+            raise ValueError(f"`threshold` must be in (0, 1], got {threshold!r}.")
+        if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 0:
+            raise ValueError(f"`dilation` must be a non-negative integer (pixels), got {dilation!r}.")
+
     def _generate_masks(self, image, mask_generator, edits: Sequence[Edit], height: int, width: int) -> torch.Tensor:
         phrases = [edit.mask_phrase or edit.source for edit in edits]
         pil_image = self.image_processor.postprocess(self.preprocess_image(image), output_type="pil")[0]
@@ -1112,6 +1201,7 @@ class OIRPipeline(DiffusionPipeline):
         clip_mask: str = "hard",
         search_text: str = "phrase",
         decode_batch_size: int = 8,
+        mask_options: dict | None = None,
     ) -> OIRPipelineOutput | tuple:
         r"""
         Edits ``image`` from ``source_prompt`` to ``target_prompt``, object by object.
@@ -1145,20 +1235,26 @@ class OIRPipeline(DiffusionPipeline):
             search_text (`str`, defaults to `"phrase"`): score ``Se`` against the target phrase or the guided prompt
                 (`"prompt"`).
             decode_batch_size (`int`, defaults to 8): candidates decoded (and CLIP-scored) at a time.
+            mask_options (`dict`, *optional*): options of the built-in mask (`num_maps`, `strength`, `threshold`,
+                `dilation`; see `generate_mask`), used when neither ``masks`` nor ``mask_generator`` is given.
 
         Returns:
             [`OIRPipelineOutput`] or `tuple` ``(images, optimal_steps, search)``.
         """
-        edits, prompts, masks, i_r, i_re, optimal_steps, search_steps = self.check_inputs(
+        edits, prompts, masks, i_r, i_re, optimal_steps, search_steps, mask_options = self.check_inputs(
             image, source_prompt, target_prompt, edits, masks, mask_generator, num_inference_steps, guidance_scale,
             reassembly_step, reinversion_steps, optimal_steps, search_steps, candidate_batch_size, inversion,
-            output_type, clip_mask, search_text,
+            output_type, clip_mask, search_text, mask_options,
         )
         height, width = self._check_image(image)
-        if masks is None:
-            if mask_generator is None:
-                raise ValueError("`masks` (one per edit) or `mask_generator` is required.")
+        if masks is None and mask_generator is not None:
             masks = self._generate_masks(image, mask_generator, edits, height, width)
+        elif masks is None:
+            logger.info(
+                "No `masks` or `mask_generator`: using the built-in noise-difference masks (see `generate_mask`)."
+            )
+            masks = self._noise_difference_masks(image, source_prompt, prompts, generator=generator, **mask_options)
+            masks = self.prepare_masks(list(masks[:, 0]), height, width, name="generate_mask(...)")
         reference = self.preprocess_image(image)
 
         # 1. Inversion: z_0 ... z_N with the source prompt.

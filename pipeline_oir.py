@@ -44,6 +44,9 @@ from diffusers.utils.torch_utils import randn_tensor
 
 logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
 
+# `batch_size="auto"` off CUDA: the most latent cells (rows x h x w) per UNet call, see `OIRPipeline._auto_batch_size`.
+AUTO_BATCH_LATENT_CELLS = 2**15
+
 EXAMPLE_DOC_STRING = """
     Examples:
         ```py
@@ -273,6 +276,30 @@ def splice_chains(lengths: Sequence[int], num_lanes: int | None = None) -> list[
     return lanes
 
 
+def default_search_stride(num_steps: int) -> int:
+    """The coarse stride ``s`` of the coarse-to-fine search over ``num_steps`` searched steps: ``round(sqrt(n / 2))``,
+    at least 2. The coarse pass denoises about ``n / s`` chains and the fine pass ``2 (s - 1)``; with chains of about
+    ``N / 2`` steps the work ``N^2 / (2 s) + 2 s i*`` is smallest near ``s = sqrt(N / 2)`` (5 for N = 50)."""
+    return max(2, round(math.sqrt(num_steps / 2)))
+
+
+def coarse_search_steps(steps: Sequence[int], stride: int) -> list[int]:
+    """The coarse pass of the coarse-to-fine search: every ``stride``-th of the sorted ``steps``, the grid centred so
+    that both ends of ``steps`` are equally far from it."""
+    steps = sorted(set(steps))
+    offset = ((len(steps) - 1) % stride) // 2
+    return steps[offset::stride]
+
+
+def refine_search_steps(steps: Sequence[int], best: int, stride: int, evaluated: Sequence[int] = ()) -> list[int]:
+    """The fine pass of the coarse-to-fine search: the ``steps`` less than ``stride`` positions away from the best
+    coarse step ``best`` (so up to the neighbouring coarse steps), minus those already ``evaluated``."""
+    steps = sorted(set(steps))
+    position = steps.index(best)
+    window = steps[max(0, position - stride + 1) : position + stride]
+    return [step for step in window if step not in set(evaluated)]
+
+
 def mask_coverage(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """The share of each cell of a ``size`` grid covered by the masks ``(K, 1, H, W)`` (area average), in ``[0, 1]``."""
     return F.adaptive_avg_pool2d(masks.float(), size)
@@ -414,6 +441,11 @@ def guided_prompts(source_prompt: str, edits: Sequence[Edit]) -> list[str]:
         taken.append((start, end))
         prompts.append(source_prompt[:start] + edit.target + source_prompt[end:])
     return prompts
+
+
+def _mask_image(mask: torch.Tensor) -> PIL.Image.Image:
+    """A binary ``(1, H, W)`` mask as a PIL image of mode ``"L"`` (0/255)."""
+    return PIL.Image.fromarray((mask[0].cpu().numpy() * 255).astype(np.uint8), mode="L")
 
 
 def mask_to_tensor(mask: Any) -> torch.Tensor:
@@ -612,6 +644,9 @@ class OIRPipeline(DiffusionPipeline):
         clip_mask,
         search_text,
         mask_options=None,
+        search="exhaustive",
+        search_stride=None,
+        search_vae=None,
     ) -> tuple[list[Edit], list[str], torch.Tensor | None, int, int, list[int] | None, list[int], dict]:
         """Validates every argument before any model runs; returns the parsed edits, their guided prompts, the
         prepared masks (``None`` when they are to be generated), ``i_r``, ``i_re``, the optimal steps, the
@@ -630,10 +665,23 @@ class OIRPipeline(DiffusionPipeline):
             raise ValueError(f"`clip_mask` must be 'hard' or 'soft', got {clip_mask!r}.")
         if search_text not in ("phrase", "prompt"):
             raise ValueError(f"`search_text` must be 'phrase' or 'prompt', got {search_text!r}.")
-        if candidate_batch_size is not None and (
+        if candidate_batch_size is not None and candidate_batch_size != "auto" and (
             isinstance(candidate_batch_size, bool) or not isinstance(candidate_batch_size, int) or candidate_batch_size < 1
         ):
-            raise ValueError(f"`candidate_batch_size` must be None or a positive integer, got {candidate_batch_size!r}.")
+            raise ValueError(
+                f"`candidate_batch_size` must be None, 'auto' or a positive integer, got {candidate_batch_size!r}."
+            )
+        if search not in ("exhaustive", "coarse-to-fine"):
+            raise ValueError(f"`search` must be 'exhaustive' or 'coarse-to-fine', got {search!r}.")
+        if search_stride is not None and (
+            isinstance(search_stride, bool) or not isinstance(search_stride, int) or search_stride < 2
+        ):
+            raise ValueError(f"`search_stride` must be None or an integer >= 2, got {search_stride!r}.")
+        if search_vae is not None and not (callable(getattr(search_vae, "decode", None)) and hasattr(search_vae, "config")):
+            raise ValueError(
+                "`search_vae` must be a decoder such as `AutoencoderTiny` (with `decode` and `config.scaling_factor`), "
+                f"got {type(search_vae).__name__}."
+            )
 
         if edits is None:
             edits = derive_edits(source_prompt, target_prompt)
@@ -739,13 +787,22 @@ class OIRPipeline(DiffusionPipeline):
         return (self.vae.encode(image).latent_dist.mean * self.vae.config.scaling_factor).to(self.unet.dtype)
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor, batch_size: int = 8, vae: AutoencoderKL | None = None) -> torch.Tensor:
-        """Images ``(B, 3, H, W)`` in ``[0, 1]`` (float32, on the execution device), decoded ``batch_size`` at a time."""
-        vae = vae or self.vae
+    def decode_latents(
+        self, latents: torch.Tensor, batch_size: int = 8, vae: torch.nn.Module | None = None
+    ) -> torch.Tensor:
+        """Images ``(B, 3, H, W)`` in ``[0, 1]`` (float32, on the execution device), decoded ``batch_size`` at a time.
+
+        ``vae`` defaults to the pipeline's VAE; any decoder whose ``decode(latents / config.scaling_factor).sample`` is
+        an image in ``[-1, 1]`` works, e.g. the search decoder `AutoencoderTiny` (TAESD). A decoder outside the pipeline
+        (no offload hook) runs on its own device and dtype; the images come back to the execution device.
+        """
+        vae = self.vae if vae is None else vae
+        device = self._execution_device
+        vae_device = device if vae is self.vae or hasattr(vae, "_hf_hook") else vae.device
         images = []
         for chunk in latents.split(batch_size):
-            chunk = chunk.to(device=self._execution_device, dtype=vae.dtype) / vae.config.scaling_factor
-            images.append((vae.decode(chunk).sample.float() / 2 + 0.5).clamp(0, 1))
+            chunk = chunk.to(device=vae_device, dtype=vae.dtype) / vae.config.scaling_factor
+            images.append((vae.decode(chunk).sample.to(device, torch.float32) / 2 + 0.5).clamp(0, 1))
         return torch.cat(images)
 
     def _timestep_ratio(self, num_inference_steps: int) -> int:
@@ -755,13 +812,18 @@ class OIRPipeline(DiffusionPipeline):
         self, latents: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
         guidance_scale: float,
     ) -> torch.Tensor:
-        """One UNet call; with CFG, ``eps_uncond + w (eps_cond - eps_uncond)`` from a doubled batch."""
+        """One UNet call at per-sample ``timesteps`` ``(B,)``, the latents cast to the UNet's dtype; with CFG,
+        ``eps_uncond + w (eps_cond - eps_uncond)`` from a doubled batch. Returns float32 noise.
+
+        Nothing here depends on the batch's content, so a ``torch.compile``-d UNet sees one graph per batch size (the
+        ``[B]`` timestep tensor causes no graph break)."""
+        latents = latents.to(self.unet.dtype)
         if uncond is None or guidance_scale == 1:
-            return self.unet(latents, timesteps, encoder_hidden_states=cond).sample
+            return self.unet(latents, timesteps, encoder_hidden_states=cond).sample.float()
         eps = self.unet(
             torch.cat([latents, latents]), torch.cat([timesteps, timesteps]),
             encoder_hidden_states=torch.cat([uncond, cond]),
-        ).sample
+        ).sample.float()
         eps_uncond, eps_cond = eps.chunk(2)
         return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
 
@@ -799,44 +861,105 @@ class OIRPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def _denoise_chains(
-        self, chains: Sequence[_Chain], timesteps: torch.Tensor, guidance_scale: float, batch_size: int | None,
+        self, chains: Sequence[_Chain], timesteps: torch.Tensor, guidance_scale: float, batch_size: int | str | None,
         desc: str,
     ) -> list[torch.Tensor]:
         """Runs DDIM chains spliced into lanes (see `splice_chains`; ``batch_size`` caps the lanes, i.e. the chains per
-        UNet call), all lanes advancing together with one UNet call per step; returns each chain's final latent.
-        Chain ``c`` takes its step ``j`` at ``t = timesteps[N - c.start + j]``, each row of a batch at its own ``t``."""
+        UNet call; ``"auto"``: see `_auto_batch_size`), all lanes advancing together with one UNet call per step;
+        returns each chain's final latent. Chain ``c`` takes its step ``j`` at ``t = timesteps[N - c.start + j]``, each
+        row of a batch at its own ``t``.
+
+        The whole schedule (every row's ``t``, ``alpha_t`` and ``alpha_{t-1}`` at every call) is built before the first
+        call, so the loop does no per-row host work and never waits for the device. Lanes are sorted longest first, so
+        the rows still running are always a prefix of the batch and a finished lane simply leaves it. The running
+        latents stay in float32 (cast to the UNet's dtype for each call): fp16/bf16 rounding does not pile up over the
+        DDIM updates."""
         n = len(timesteps)
         ratio = self._timestep_ratio(n)
+        device = self._execution_device
         results = [chain.latent if chain.num_steps == 0 else None for chain in chains]
         running = [c for c, chain in enumerate(chains) if chain.num_steps > 0]
+        if not running:
+            return results
+        if batch_size == "auto":
+            batch_size = self._auto_batch_size(chains[running[0]], guidance_scale, len(running))
         lanes = [[running[c] for c in lane] for lane in splice_chains([chains[c].num_steps for c in running], batch_size)]
-        bar = self.progress_bar(total=max((sum(chains[c].num_steps for c in lane) for lane in lanes), default=0))
-        # Per lane: the chain it runs, that chain's next step, and its latent.
-        state = [[lane.pop(0), 0] for lane in lanes]
-        latents = [chains[c].latent for c, _ in state]
+        lanes.sort(key=lambda lane: -sum(chains[c].num_steps for c in lane))
+        work = [sum(chains[c].num_steps for c in lane) for lane in lanes]
+
+        # schedule[s, r]: the timestep of row r at call s (-1 after its lane ended); ends[s]: (row, chain that ends at
+        # call s, the lane's next chain or None).
+        all_timesteps = timesteps.tolist()
+        schedule = torch.full((work[0], len(lanes)), -1, dtype=torch.long)
+        ends: list[list[tuple[int, int, int | None]]] = [[] for _ in range(work[0])]
+        for row, lane in enumerate(lanes):
+            call = 0
+            for position, c in enumerate(lane):
+                first = n - chains[c].start
+                schedule[call : call + chains[c].num_steps, row] = torch.tensor(
+                    all_timesteps[first : first + chains[c].num_steps]
+                )
+                call += chains[c].num_steps
+                ends[call - 1].append((row, c, lane[position + 1] if position + 1 < len(lane) else None))
+        rows_at = [sum(length > call for length in work) for call in range(work[0])]
+        alpha_t = alphas_at(self.scheduler, schedule).to(device)
+        alpha_prev = alphas_at(self.scheduler, schedule - ratio).to(device)
+        schedule = schedule.to(device)
+
+        use_cfg = guidance_scale != 1 and all(chains[c].uncond is not None for c in running)
+        heads = [chains[lane[0]] for lane in lanes]
+        x = torch.stack([chain.latent for chain in heads]).to(device, torch.float32)
+        cond = torch.stack([chain.cond for chain in heads]).to(device)
+        uncond = torch.stack([chain.uncond for chain in heads]).to(device) if use_cfg else None
+        prediction_type = self.scheduler.config.prediction_type
+        bar = self.progress_bar(total=work[0])
         bar.set_description(desc)
         with bar:
-            while any(s is not None for s in state):
-                active = [k for k, s in enumerate(state) if s is not None]
-                ids = [state[k][0] for k in active]
-                t = torch.stack([timesteps[n - chains[c].start + state[k][1]] for k, c in zip(active, ids)])
-                x = torch.stack([latents[k] for k in active])
-                cond = torch.stack([chains[c].cond for c in ids])
-                uncond = None if chains[ids[0]].uncond is None else torch.stack([chains[c].uncond for c in ids])
-                eps = self._noise_prediction(x, t.to(x.device), cond, uncond, guidance_scale)
-                x = ddim_step(
-                    x, eps, alphas_at(self.scheduler, t), alphas_at(self.scheduler, t - ratio),
-                    self.scheduler.config.prediction_type,
+            for call, rows in enumerate(rows_at):
+                x = x[:rows]
+                eps = self._noise_prediction(
+                    x, schedule[call, :rows], cond[:rows], None if uncond is None else uncond[:rows], guidance_scale
                 )
-                for row, k in enumerate(active):
-                    c, step = state[k][0], state[k][1] + 1
-                    latents[k], state[k][1] = x[row], step
-                    if step == chains[c].num_steps:
-                        results[c] = x[row]
-                        state[k] = [lanes[k].pop(0), 0] if lanes[k] else None
-                        latents[k] = chains[state[k][0]].latent if state[k] else None
+                x = ddim_step(x, eps, alpha_t[call, :rows], alpha_prev[call, :rows], prediction_type)
+                for row, c, following in ends[call]:
+                    results[c] = x[row].to(chains[c].latent.dtype, copy=True)
+                    if following is not None:  # the lane's next chain takes over the row
+                        x[row] = chains[following].latent
+                        cond[row] = chains[following].cond
+                        if uncond is not None:
+                            uncond[row] = chains[following].uncond
                 bar.update()
         return results
+
+    @torch.no_grad()
+    def _auto_batch_size(self, chain: _Chain, guidance_scale: float, num_chains: int) -> int:
+        """``batch_size="auto"``: the most lanes (chains per UNet call) that fit, at most ``num_chains``.
+
+        On CUDA, one UNet call with a single lane measures the activation memory of a lane (the peak allocated during
+        the call minus what stays allocated after it, so weights moved in by offloading do not count; cached per
+        latent shape, dtype and guidance); the batch is 80% of the free memory (free on the device plus PyTorch's
+        unused cache) over that. Other devices (CPU, MPS) have no memory query: a call is capped at
+        `AUTO_BATCH_LATENT_CELLS` latent cells (rows x h x w), e.g. 4 lanes of 64x64 latents with CFG (512px), 16 at
+        256px. Memory then grows with the batch, never with ``N``."""
+        rows_per_lane = 2 if guidance_scale != 1 and chain.uncond is not None else 1
+        device = self._execution_device
+        height, width = chain.latent.shape[-2:]
+        if device.type != "cuda":
+            return max(1, min(num_chains, AUTO_BATCH_LATENT_CELLS // (rows_per_lane * height * width)))
+        cache = self.__dict__.setdefault("_lane_bytes", {})
+        key = (tuple(chain.latent.shape), self.unet.dtype, rows_per_lane, str(device))
+        if key not in cache:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            timestep = torch.full((1,), self.scheduler.config.num_train_timesteps - 1, device=device)
+            self._noise_prediction(
+                chain.latent[None].to(device), timestep, chain.cond[None].to(device),
+                None if rows_per_lane == 1 else chain.uncond[None].to(device), guidance_scale,
+            )
+            torch.cuda.synchronize(device)
+            cache[key] = max(torch.cuda.max_memory_allocated(device) - torch.cuda.memory_allocated(device), 1)
+        free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return max(1, min(num_chains, int(0.8 * free) // cache[key]))
 
     # ------------------------------------------------------------------------------------------------------------------
     # Stage 1: inversion
@@ -898,14 +1021,15 @@ class OIRPipeline(DiffusionPipeline):
         negative_prompt: str | None = None,
         guidance_scale: float = 7.5,
         steps: Sequence[int] | None = None,
-        batch_size: int | None = None,
+        batch_size: int | str | None = None,
     ) -> torch.Tensor:
         r"""Stage 2: the clean latent of candidate ``i`` for every ``i`` in ``steps``.
 
         Candidate ``i`` is ``z_i`` denoised with DDIM through ``timesteps[N - i:]`` (``i`` steps) under ``prompt``
         (the guided prompt ``P^k``) with classifier-free guidance against ``negative_prompt`` (default: the
         inversion's prompt ``P_o``). The chains are spliced (paper, A.4): with ``batch_size=None`` all candidates take
-        at most ``N + 1`` UNet calls. ``batch_size`` caps the chains per call (memory grows with it, not with N).
+        at most ``N + 1`` UNet calls. ``batch_size`` caps the chains per call (memory grows with it, not with N);
+        ``"auto"`` takes the most that fit (free CUDA memory, or a fixed cap on CPU: see `_auto_batch_size`).
 
         Returns:
             `torch.Tensor` of shape ``(len(steps), C, h, w)``, in the order of ``steps`` (default ``1..N``).
@@ -914,8 +1038,10 @@ class OIRPipeline(DiffusionPipeline):
             raise ValueError(f"`inversion` must be an OIRInversion from `invert`, got {type(inversion).__name__}.")
         n = inversion.num_inference_steps
         steps = self._check_steps("steps", range(1, n + 1) if steps is None else steps, n)
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"`batch_size` must be None or a positive integer, got {batch_size!r}.")
+        if batch_size is not None and batch_size != "auto" and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
+            raise ValueError(f"`batch_size` must be None, 'auto' or a positive integer, got {batch_size!r}.")
         negative_prompt = inversion.prompt if negative_prompt is None else negative_prompt
         cond, uncond = self.encode_prompt([prompt, negative_prompt]).chunk(2)
         chains = self._candidate_chains(inversion, [cond[0]], uncond[0], [steps])
@@ -979,50 +1105,91 @@ class OIRPipeline(DiffusionPipeline):
         masks: torch.Tensor,
         steps: Sequence[int],
         guidance_scale: float = 7.5,
-        batch_size: int | None = None,
+        batch_size: int | str | None = None,
         decode_batch_size: int = 8,
         clip_mask: str = "hard",
         search_text: str = "phrase",
         return_candidates: bool = False,
+        strategy: str = "exhaustive",
+        stride: int | None = None,
+        search_vae: torch.nn.Module | None = None,
     ) -> tuple[list[OIRSearchRecord], list[torch.Tensor]]:
-        r"""Stages 2 and 3 for all edits: candidates (all edits' chains spliced into the same batches), then
+        r"""Stages 2 and 3 for all edits: candidates (all edits' chains spliced into the same batches), decoded and
+        CLIP-scored ``decode_batch_size`` at a time on the execution device (chunks mix edits), then
         ``S_i = (norm(Se_i) + norm(Sne_i)) / 2`` and ``i*_k = argmax S_i`` per edit.
+
+        Args:
+            strategy (`str`): ``"exhaustive"`` evaluates every step of ``steps``. ``"coarse-to-fine"`` evaluates every
+                ``stride``-th step first (`coarse_search_steps`), then for each edit the steps around its best coarse
+                step (`refine_search_steps`, all edits' chains again in the same batches); ``S`` is normalised over
+                the steps evaluated for the edit, which are the record's ``steps``.
+            stride (`int`, *optional*): the coarse stride; default `default_search_stride`.
+            search_vae (*optional*): the decoder of the candidates, e.g. `AutoencoderTiny` (TAESD); default: the
+                pipeline's ``search_vae`` component when it has one, else ``vae``. The final image always uses ``vae``.
 
         Returns the search records and the clean latent of each edit's optimal candidate.
         """
+        if search_vae is None:
+            search_vae = getattr(self, "search_vae", None)
+        device = self._execution_device
         embeds = self._unique_embeddings(list(prompts) + [inversion.prompt])
-        chains = self._candidate_chains(inversion, embeds[:-1], embeds[-1], [steps] * len(edits))
-        latents = self._denoise_chains(chains, inversion.timesteps, guidance_scale, batch_size, "OIR candidates")
         texts = [edit.target if search_text == "phrase" else prompt for edit, prompt in zip(edits, prompts)]
         text_features = self._text_features(texts)
-        reference = (reference.to(self._execution_device) / 2 + 0.5).clamp(0, 1)
+        reference = (reference.to(device) / 2 + 0.5).clamp(0, 1)
+        masks = masks.to(device)
+        # Per edit: inversion step i -> (clean latent, Se_i, Sne_i, candidate image or None).
+        evaluated: list[dict[int, tuple]] = [{} for _ in edits]
+
+        def evaluate(plan: list[list[int]]) -> None:
+            chains = self._candidate_chains(inversion, embeds[:-1], embeds[-1], plan)
+            latents = self._denoise_chains(chains, inversion.timesteps, guidance_scale, batch_size, "OIR candidates")
+            keys = [(k, i) for k, edit_steps in enumerate(plan) for i in edit_steps]
+            for start in range(0, len(keys), decode_batch_size):
+                chunk = keys[start : start + decode_batch_size]
+                owner = torch.tensor([k for k, _ in chunk], device=device)
+                images = self.decode_latents(
+                    torch.stack(latents[start : start + len(chunk)]), decode_batch_size, search_vae
+                )
+                se = self.editing_scores(images, masks[owner], text_features[owner], clip_mask).tolist()
+                sne = self.non_editing_scores(images, reference, masks[owner]).tolist()
+                pil = (
+                    self.image_processor.postprocess(images * 2 - 1, output_type="pil")
+                    if return_candidates
+                    else [None] * len(chunk)
+                )
+                for row, (k, i) in enumerate(chunk):
+                    evaluated[k][i] = (latents[start + row], se[row], sne[row], pil[row])
+
+        def best_step(k: int) -> int:
+            done = sorted(evaluated[k])
+            return done[search_metric([evaluated[k][i][1] for i in done], [evaluated[k][i][2] for i in done])[1]]
+
+        if strategy == "coarse-to-fine":
+            stride = stride or default_search_stride(len(steps))
+            evaluate([coarse_search_steps(steps, stride)] * len(edits))
+            evaluate([refine_search_steps(steps, best_step(k), stride, list(evaluated[k])) for k in range(len(edits))])
+        else:
+            evaluate([list(steps)] * len(edits))
 
         records, optimal_latents = [], []
         for k, (edit, prompt) in enumerate(zip(edits, prompts)):
-            edit_latents = torch.stack(latents[k * len(steps) : (k + 1) * len(steps)])
-            se, sne, candidates = [], [], []
-            for chunk in edit_latents.split(decode_batch_size):
-                images = self.decode_latents(chunk, decode_batch_size)
-                se.append(self.editing_scores(images, masks[k : k + 1], text_features[k : k + 1], clip_mask))
-                sne.append(self.non_editing_scores(images, reference, masks[k : k + 1]))
-                if return_candidates:
-                    candidates += self.image_processor.postprocess(images * 2 - 1, output_type="pil")
-            se, sne = torch.cat(se).cpu().tolist(), torch.cat(sne).cpu().tolist()
+            done = sorted(evaluated[k])
+            se, sne = [evaluated[k][i][1] for i in done], [evaluated[k][i][2] for i in done]
             scores, best = search_metric(se, sne)
             records.append(
                 OIRSearchRecord(
                     edit=edit,
                     guided_prompt=prompt,
-                    steps=list(steps),
+                    steps=done,
                     editing_scores=se,
                     non_editing_scores=sne,
                     scores=scores.tolist(),
-                    optimal_step=steps[best],
-                    mask=PIL.Image.fromarray((masks[k, 0].cpu().numpy() * 255).astype(np.uint8), mode="L"),
-                    candidates=candidates if return_candidates else None,
+                    optimal_step=done[best],
+                    mask=_mask_image(masks[k]),
+                    candidates=[evaluated[k][i][3] for i in done] if return_candidates else None,
                 )
             )
-            optimal_latents.append(edit_latents[best])
+            optimal_latents.append(evaluated[k][done[best]][0])
         return records, optimal_latents
 
     # ------------------------------------------------------------------------------------------------------------------
@@ -1148,7 +1315,7 @@ class OIRPipeline(DiffusionPipeline):
         mask = self._noise_difference_masks(
             image, source_prompt, [target_prompt], num_maps, strength, threshold, dilation, generator
         )
-        return PIL.Image.fromarray((mask[0, 0].numpy() * 255).astype(np.uint8), mode="L")
+        return _mask_image(mask[0])
 
     @staticmethod
     def _check_mask_options(num_maps, strength, threshold, dilation) -> None:
@@ -1161,7 +1328,16 @@ class OIRPipeline(DiffusionPipeline):
         if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 0:
             raise ValueError(f"`dilation` must be a non-negative integer (pixels), got {dilation!r}.")
 
-    def _generate_masks(self, image, mask_generator, edits: Sequence[Edit], height: int, width: int) -> torch.Tensor:
+    def _find_masks(
+        self, image, source_prompt: str, edits: Sequence[Edit], prompts: Sequence[str], mask_generator,
+        mask_options: dict, generator,
+    ) -> torch.Tensor:
+        """Masks ``(K, 1, H, W)`` from ``mask_generator(image, phrases)``, or from the built-in `generate_mask`."""
+        height, width = self._check_image(image)
+        if mask_generator is None:
+            logger.info("No `masks` or `mask_generator`: using the built-in noise-difference masks (`generate_mask`).")
+            masks = self._noise_difference_masks(image, source_prompt, prompts, generator=generator, **mask_options)
+            return self.prepare_masks(list(masks[:, 0]), height, width, name="generate_mask(...)")
         phrases = [edit.mask_phrase or edit.source for edit in edits]
         pil_image = self.image_processor.postprocess(self.preprocess_image(image), output_type="pil")[0]
         masks = mask_generator(pil_image, phrases)
@@ -1202,6 +1378,9 @@ class OIRPipeline(DiffusionPipeline):
         search_text: str = "phrase",
         decode_batch_size: int = 8,
         mask_options: dict | None = None,
+        search: str = "exhaustive",
+        search_stride: int | None = None,
+        search_vae: torch.nn.Module | None = None,
     ) -> OIRPipelineOutput | tuple:
         r"""
         Edits ``image`` from ``source_prompt`` to ``target_prompt``, object by object.
@@ -1219,7 +1398,9 @@ class OIRPipeline(DiffusionPipeline):
             reinversion_steps (`int` or `float`, defaults to 0.2): ``i_re``, in steps or as a share of ``N``.
             optimal_steps (`list[int]`, *optional*): ``i*_k`` per edit, skipping the search.
             search_steps (`list[int]`, *optional*): the inversion steps searched (default ``1..N``).
-            candidate_batch_size (`int`, *optional*): chains per UNet call (default: all in one batch).
+            candidate_batch_size (`int` or `"auto"`, *optional*): chains per UNet call (default: the paper's splicing,
+                all candidates in one batch of about ``N / 2`` lanes). Memory grows with it, not with ``N``. `"auto"`:
+                the most that fit (from free CUDA memory; on CPU a fixed cap, see `_auto_batch_size`).
             inversion ([`OIRInversion`], *optional*): a previous `invert` of this image with ``source_prompt``.
             generator (`torch.Generator`, *optional*): OIR itself is deterministic (DDIM with eta 0, the VAE's mean);
                 the generator seeds the built-in automatic mask.
@@ -1237,6 +1418,14 @@ class OIRPipeline(DiffusionPipeline):
             decode_batch_size (`int`, defaults to 8): candidates decoded (and CLIP-scored) at a time.
             mask_options (`dict`, *optional*): options of the built-in mask (`num_maps`, `strength`, `threshold`,
                 `dilation`; see `generate_mask`), used when neither ``masks`` nor ``mask_generator`` is given.
+            search (`str`, defaults to `"exhaustive"`): `"exhaustive"` scores every step of ``search_steps``;
+                `"coarse-to-fine"` scores every ``search_stride``-th step, then the steps around each edit's best one
+                (about a third of the UNet work at N = 50; it can miss the exhaustive optimum when ``S`` is not
+                unimodal: see BENCHMARKS.md). The records' ``steps`` are then the evaluated steps.
+            search_stride (`int`, *optional*): the coarse stride (default ``round(sqrt(len(search_steps) / 2))``).
+            search_vae (*optional*): a cheap decoder for the candidates only, e.g.
+                `AutoencoderTiny.from_pretrained("madebyollin/taesd")`; default: the pipeline's ``search_vae``
+                component if it has one. The final image is always decoded by ``vae``.
 
         Returns:
             [`OIRPipelineOutput`] or `tuple` ``(images, optimal_steps, search)``.
@@ -1245,40 +1434,33 @@ class OIRPipeline(DiffusionPipeline):
             image, source_prompt, target_prompt, edits, masks, mask_generator, num_inference_steps, guidance_scale,
             reassembly_step, reinversion_steps, optimal_steps, search_steps, candidate_batch_size, inversion,
             output_type, clip_mask, search_text, mask_options,
+            search=search, search_stride=search_stride, search_vae=search_vae,
         )
-        height, width = self._check_image(image)
-        if masks is None and mask_generator is not None:
-            masks = self._generate_masks(image, mask_generator, edits, height, width)
-        elif masks is None:
-            logger.info(
-                "No `masks` or `mask_generator`: using the built-in noise-difference masks (see `generate_mask`)."
-            )
-            masks = self._noise_difference_masks(image, source_prompt, prompts, generator=generator, **mask_options)
-            masks = self.prepare_masks(list(masks[:, 0]), height, width, name="generate_mask(...)")
+        reassemble = len(edits) > 1 if reassemble is None else reassemble
+        if masks is None:
+            masks = self._find_masks(image, source_prompt, edits, prompts, mask_generator, mask_options, generator)
         reference = self.preprocess_image(image)
 
         # 1. Inversion: z_0 ... z_N with the source prompt.
         if inversion is None:
             inversion = self.invert(image, source_prompt, num_inference_steps)
 
-        # 2-3. Candidates and search: i*_k for every edit.
+        # 2-3. Candidates and search: i*_k for every edit (or the given optimal steps).
         if optimal_steps is None:
             records, optimal_latents = self.search(
                 inversion, reference, edits, prompts, masks, search_steps, guidance_scale, candidate_batch_size,
                 decode_batch_size, clip_mask, search_text, return_candidates,
+                strategy=search, stride=search_stride, search_vae=search_vae,
             )
             optimal_steps = [record.optimal_step for record in records]
         else:
             records = [
-                OIRSearchRecord(edit, prompt, [], [], [], [], step,
-                                PIL.Image.fromarray((m[0].cpu().numpy() * 255).astype(np.uint8), mode="L"))
-                for edit, prompt, step, m in zip(edits, prompts, optimal_steps, masks)
+                OIRSearchRecord(edit, prompt, [], [], [], [], step, _mask_image(mask))
+                for edit, prompt, step, mask in zip(edits, prompts, optimal_steps, masks)
             ]
             optimal_latents = self._optimal_latents(inversion, prompts, optimal_steps, guidance_scale, i_r, reassemble)
 
         # 4. Reassembly (several edits), or the optimal candidate itself (one edit).
-        if reassemble is None:
-            reassemble = len(edits) > 1
         if reassemble:
             latents = self.reassemble(
                 inversion, prompts, target_prompt, masks, optimal_steps, optimal_latents, i_r, i_re, guidance_scale,
@@ -1298,11 +1480,11 @@ class OIRPipeline(DiffusionPipeline):
 
     def _optimal_latents(
         self, inversion: OIRInversion, prompts: Sequence[str], optimal_steps: Sequence[int], guidance_scale: float,
-        i_r: int, reassemble: bool | None,
+        i_r: int, reassemble: bool,
     ) -> list[torch.Tensor | None]:
         """Clean latents of the given optimal candidates, computed only where they are needed (one edit without
         reassembly, or an optimal step at or below the reassembly step)."""
-        needed = [k for k, step in enumerate(optimal_steps) if step <= i_r or (len(prompts) == 1 and not reassemble)]
+        needed = [k for k, step in enumerate(optimal_steps) if step <= i_r or not reassemble]
         result: list[torch.Tensor | None] = [None] * len(prompts)
         if needed:
             embeds = self._unique_embeddings([prompts[k] for k in needed] + [inversion.prompt])

@@ -21,7 +21,10 @@ from functools import lru_cache
 
 import torch
 
-__all__ = ["clip_tokenizer", "tiny_components", "sd15_components", "tiny_pipeline", "save_tiny_stable_diffusion"]
+__all__ = [
+    "clip_tokenizer", "random_components", "tiny_components", "sd15_components", "tiny_pipeline",
+    "save_tiny_stable_diffusion",
+]
 
 CLIP_VOCAB_SIZE = 49408
 
@@ -97,144 +100,85 @@ def _clip_model_and_processor(text_config: dict, vision_config: dict, projection
     return clip_model, clip_processor
 
 
+_CLIP_TOKENS = dict(vocab_size=CLIP_VOCAB_SIZE, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+
+# Architectures as keyword arguments of UNet2DConditionModel, AutoencoderKL, CLIPTextConfig and (for the search)
+# CLIPConfig's text and vision configs.
+TINY = dict(
+    unet=dict(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, cross_attention_dim=16, attention_head_dim=4,
+        norm_num_groups=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    ),
+    vae=dict(block_out_channels=(4, 4, 8, 8), layers_per_block=1, norm_num_groups=4, sample_size=64),
+    text_encoder=dict(hidden_size=16, intermediate_size=24, num_attention_heads=2, num_hidden_layers=2),
+    clip_text=dict(hidden_size=16, intermediate_size=24, num_attention_heads=2, num_hidden_layers=2),
+    clip_vision=dict(
+        hidden_size=16, intermediate_size=24, num_attention_heads=2, num_hidden_layers=2, image_size=32, patch_size=4
+    ),
+    projection_dim=8,
+)
+SD15 = dict(  # Stable Diffusion 1.5 (UNet, VAE, CLIP ViT-L/14 text encoder) and CLIP ViT-B/16 for the search
+    unet=dict(
+        block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, sample_size=64, cross_attention_dim=768,
+        attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    ),
+    vae=dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512),
+    text_encoder=dict(
+        hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12, projection_dim=768,
+        hidden_act="quick_gelu",
+    ),
+    clip_text=dict(hidden_size=512, intermediate_size=2048, num_attention_heads=8, num_hidden_layers=12),
+    clip_vision=dict(
+        hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12, image_size=224,
+        patch_size=16,
+    ),
+    projection_dim=512,
+)
+
+
+def random_components(architecture: dict, seed: int = 0, with_clip: bool = True) -> dict:
+    """Stable Diffusion components (and a CLIP for the search) of ``architecture`` with seeded random weights."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    vae_blocks = len(architecture["vae"]["block_out_channels"])
+    components = {
+        "unet": UNet2DConditionModel(in_channels=4, out_channels=4, **architecture["unet"]).eval(),
+        "vae": AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=4, down_block_types=("DownEncoderBlock2D",) * vae_blocks,
+            up_block_types=("UpDecoderBlock2D",) * vae_blocks, **architecture["vae"],
+        ).eval(),
+        "text_encoder": CLIPTextModel(
+            CLIPTextConfig(max_position_embeddings=77, **_CLIP_TOKENS, **architecture["text_encoder"])
+        ).eval(),
+        "tokenizer": clip_tokenizer(),
+        "scheduler": _ddim_scheduler(),
+    }
+    if with_clip:
+        clip_model, clip_processor = _clip_model_and_processor(
+            text_config={**_CLIP_TOKENS, **architecture["clip_text"]},
+            vision_config=architecture["clip_vision"],
+            projection_dim=architecture["projection_dim"],
+            image_size=architecture["clip_vision"]["image_size"],
+        )
+        components.update(clip_model=clip_model, clip_processor=clip_processor)
+    return components
+
+
 def tiny_components(seed: int = 0, with_clip: bool = True) -> dict:
     """A tiny Stable-Diffusion-shaped model: 8x VAE (64px image -> 8x8 latent), UNet, CLIP text encoder, DDIM.
 
     With ``with_clip`` it also holds a tiny CLIP (32px, 8x8 patch grid) and its processor for the search.
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16,
-        attention_head_dim=4,
-        norm_num_groups=4,
-    ).eval()
-    vae = AutoencoderKL(
-        block_out_channels=(4, 4, 8, 8),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=4,
-        sample_size=64,
-    ).eval()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=16,
-            intermediate_size=24,
-            num_attention_heads=2,
-            num_hidden_layers=2,
-            vocab_size=CLIP_VOCAB_SIZE,
-            max_position_embeddings=77,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    ).eval()
-    components = {
-        "unet": unet,
-        "vae": vae,
-        "text_encoder": text_encoder,
-        "tokenizer": clip_tokenizer(),
-        "scheduler": _ddim_scheduler(),
-    }
-    if with_clip:
-        clip_model, clip_processor = _clip_model_and_processor(
-            text_config=dict(
-                hidden_size=16,
-                intermediate_size=24,
-                num_attention_heads=2,
-                num_hidden_layers=2,
-                vocab_size=CLIP_VOCAB_SIZE,
-                bos_token_id=49406,
-                eos_token_id=49407,
-                pad_token_id=49407,
-            ),
-            vision_config=dict(
-                hidden_size=16, intermediate_size=24, num_attention_heads=2, num_hidden_layers=2,
-                image_size=32, patch_size=4,
-            ),
-            projection_dim=8,
-            image_size=32,
-        )
-        components.update(clip_model=clip_model, clip_processor=clip_processor)
-    return components
+    return random_components(TINY, seed=seed, with_clip=with_clip)
 
 
 def sd15_components(seed: int = 0, with_clip: bool = True) -> dict:
     """Stable Diffusion 1.5's architecture (and CLIP ViT-B/16 for the search) with random weights."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=768,
-        attention_head_dim=8,
-    ).eval()
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=2,
-        sample_size=512,
-    ).eval()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_attention_heads=12,
-            num_hidden_layers=12,
-            projection_dim=768,
-            hidden_act="quick_gelu",
-            vocab_size=CLIP_VOCAB_SIZE,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    ).eval()
-    components = {
-        "unet": unet,
-        "vae": vae,
-        "text_encoder": text_encoder,
-        "tokenizer": clip_tokenizer(),
-        "scheduler": _ddim_scheduler(),
-    }
-    if with_clip:
-        clip_model, clip_processor = _clip_model_and_processor(
-            text_config=dict(
-                hidden_size=512, intermediate_size=2048, num_attention_heads=8, num_hidden_layers=12,
-                vocab_size=CLIP_VOCAB_SIZE, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-            ),
-            vision_config=dict(
-                hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-                image_size=224, patch_size=16,
-            ),
-            projection_dim=512,
-            image_size=224,
-        )
-        components.update(clip_model=clip_model, clip_processor=clip_processor)
-    return components
+    return random_components(SD15, seed=seed, with_clip=with_clip)
 
 
 def tiny_pipeline(seed: int = 0, with_clip: bool = True):

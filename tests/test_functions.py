@@ -144,6 +144,10 @@ def test_clip_attention_mask_hard_and_soft():
          [("bowl of dumplings", "plate of fried rice")]),
         ("a cat, a dog and a cat", "a cat, a fox and a cow", [("dog", "fox"), ("cat", "cow")]),
         ("a Red car", "a blue car", [("Red", "blue")]),
+        ("a cat on a mat", "an owl on a mat", [("a cat", "an owl")]),
+        ("Dumplings, chopsticks and a cup.", "fried rice, a knife and a cup.",
+         [("Dumplings", "fried rice"), ("chopsticks", "a knife")]),
+        ("a cup of coffee and a cup of tea", "a cup of coffee and a glass of milk", [("cup of tea", "glass of milk")]),
     ],
 )
 def test_derive_edits(source, target, expected):

@@ -54,10 +54,16 @@ def _clip_vocab_files() -> str:
 
     folder = os.path.join(tempfile.gettempdir(), "oir-clip-tokenizer")
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
-        json.dump({token: i for i, token in enumerate(vocab)}, f)
-    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+    contents = {
+        "vocab.json": json.dumps({token: i for i, token in enumerate(vocab)}),
+        "merges.txt": "#version: 0.2\n" + "\n".join(merges) + "\n",
+    }
+    for name, text in contents.items():
+        # Atomic: processes starting together never read a half-written file.
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(temporary, os.path.join(folder, name))
     return folder
 
 

@@ -812,12 +812,13 @@ class OIRPipeline(DiffusionPipeline):
         self, latents: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
         guidance_scale: float,
     ) -> torch.Tensor:
-        """One UNet call at per-sample ``timesteps`` ``(B,)``, the latents cast to the UNet's dtype; with CFG,
-        ``eps_uncond + w (eps_cond - eps_uncond)`` from a doubled batch. Returns float32 noise.
+        """One UNet call at per-sample ``timesteps`` ``(B,)``, the latents cast to the UNet's dtype (that of the text
+        embeddings, which `encode_prompt` casts; ``unet.dtype`` walks all modules and costs a few % on small models);
+        with CFG, ``eps_uncond + w (eps_cond - eps_uncond)`` from a doubled batch. Returns float32 noise.
 
         Nothing here depends on the batch's content, so a ``torch.compile``-d UNet sees one graph per batch size (the
         ``[B]`` timestep tensor causes no graph break)."""
-        latents = latents.to(self.unet.dtype)
+        latents = latents.to(cond.dtype)
         if uncond is None or guidance_scale == 1:
             return self.unet(latents, timesteps, encoder_hidden_states=cond).sample.float()
         eps = self.unet(

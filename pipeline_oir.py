@@ -22,7 +22,6 @@ This file is self-contained (PyPI imports only), so that it can be loaded with
 from __future__ import annotations
 
 import difflib
-import inspect
 import math
 import re
 from dataclasses import dataclass, field

@@ -38,8 +38,6 @@ from oir.bench import (
 from oir.data import load_spec
 from oir.testing import tiny_pipeline
 
-
-torch.set_num_threads(2)
 FIXTURES = Path(__file__).parent / "fixtures" / "bench"
 SPEC = FIXTURES / "spec.yaml"
 ROOT = Path(__file__).resolve().parent.parent

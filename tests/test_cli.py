@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 
@@ -21,14 +20,6 @@ EXAMPLES = ROOT / "examples"
 COFFEE_SOURCE = "a cup of coffee with a spoon on a saucer on a wooden table"
 COFFEE_TARGET = "a cup of tea with a fork on a saucer on a wooden table"
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread, and far faster than on two when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _edit_args(out, *extra):

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,8 +29,6 @@ def server(gradio_app):
     """The demo on 127.0.0.1 (a free port) around the tiny random pipeline; yields its URL."""
     from oir.testing import tiny_pipeline
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is fastest, and much faster when the cores are shared
     demo = gradio_app.build_demo(tiny_pipeline(seed=0), resolution=64, default_steps=3, max_steps=10)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -41,7 +38,6 @@ def server(gradio_app):
         yield f"http://127.0.0.1:{port}/"
     finally:
         demo.close()
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,6 @@ from oir.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread, and far faster than on two when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_export_writes_the_pipeline_file_and_a_valid_model_card(tmp_path):
     folder = tmp_path / "oir-hub"

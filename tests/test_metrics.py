@@ -12,8 +12,6 @@ from oir.metrics import CLIPScorer, EditScorer, LPIPSScorer, mean, ms_ssim, ms_s
 from oir.testing import tiny_components
 
 
-torch.set_num_threads(2)
-
 
 @pytest.fixture(scope="module")
 def clip():

@@ -61,7 +61,13 @@ def make_parser(description: str, default_steps: list[int]) -> argparse.Argument
     parser.add_argument("--arch", choices=["tiny", "sd15"], default="tiny",
                         help="tiny: the tests' model; sd15: Stable Diffusion 1.5's UNet/VAE/text encoder and CLIP "
                              "ViT-B/16 built from their configs with random weights (the real cost, no weights)")
-    parser.add_argument("--resolution", type=int, default=None, help="image side in pixels (default: 64 tiny, 256 sd15)")
+    parser.add_argument("--pretrained", default=None,
+                        help="real weights instead of --arch: a Stable Diffusion 1.x folder or Hub id (e.g. "
+                             "CompVis/stable-diffusion-v1-4), with --clip for the search and --taesd as search_vae")
+    parser.add_argument("--clip", default="openai/clip-vit-base-patch16", help="search CLIP with --pretrained")
+    parser.add_argument("--taesd", default="madebyollin/taesd", help="search decoder with --pretrained")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="image side in pixels (default: 64 tiny, 256 sd15, 512 --pretrained)")
     parser.add_argument("--steps", type=int, nargs="+", default=default_steps, help="values of N")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
@@ -72,7 +78,8 @@ def make_parser(description: str, default_steps: list[int]) -> argparse.Argument
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions (the median is reported)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on CPU")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default=str(REPO / "BENCHMARKS.md"), help="the Markdown file results are appended to")
+    parser.add_argument("--output", default=str(REPO / "BENCHMARKS.md"),
+                        help="the Markdown file results are appended to")
     parser.add_argument("--no-append", action="store_true", help="print the table only")
     return parser
 
@@ -83,20 +90,32 @@ def setup(args: argparse.Namespace) -> None:
     if args.dtype is None:
         args.dtype = "float16" if args.device.type == "cuda" else "float32"
     args.torch_dtype = DTYPES[args.dtype]
+    args.label = args.pretrained or args.arch  # what the tables call the model
     if args.resolution is None:
-        args.resolution = 64 if args.arch == "tiny" else 256
+        args.resolution = 512 if args.pretrained else 64 if args.arch == "tiny" else 256
     if args.resolution % 8:
         raise SystemExit("--resolution must be a multiple of 8")
     torch.set_num_threads(args.threads)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if not args.pretrained:  # random weights: never reach for the Hub
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def build_pipeline(args: argparse.Namespace):
-    """An `OIRPipeline` of the chosen architecture with random weights, on ``args.device`` in ``args.dtype``."""
+    """An `OIRPipeline` of the chosen architecture with random weights (or ``--pretrained`` weights), on
+    ``args.device`` in ``args.dtype``."""
     from oir.testing import sd15_components, tiny_components
     from pipeline_oir import OIRPipeline
 
+    if args.pretrained:
+        from transformers import CLIPModel, CLIPProcessor
+
+        pipe = OIRPipeline.from_pretrained(
+            args.pretrained, clip_model=CLIPModel.from_pretrained(args.clip),
+            clip_processor=CLIPProcessor.from_pretrained(args.clip), torch_dtype=args.torch_dtype,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe.to(args.device)
     components = (tiny_components if args.arch == "tiny" else sd15_components)(seed=args.seed)
     pipe = OIRPipeline(**components)
     pipe.set_progress_bar_config(disable=True)
@@ -108,6 +127,8 @@ def build_search_vae(args: argparse.Namespace):
     """A randomly initialised `AutoencoderTiny`: TAESD's real config for sd15, a small one for the tiny model."""
     from diffusers import AutoencoderTiny
 
+    if args.pretrained:
+        return AutoencoderTiny.from_pretrained(args.taesd, torch_dtype=args.torch_dtype).to(args.device)
     torch.manual_seed(args.seed)
     config = TAESD_CONFIG if args.arch == "sd15" else TINY_TAESD_CONFIG
     return AutoencoderTiny(**config).eval().to(args.device, args.torch_dtype)
@@ -236,8 +257,9 @@ def machine(args: argparse.Namespace) -> str:
             pass
         where = f"CPU {cpu}, {os.cpu_count()} cores, {args.threads} torch threads"
     load = f", load average {os.getloadavg()[0]:.1f} at start" if hasattr(os, "getloadavg") else ""
+    weights = f"weights {args.pretrained}" if getattr(args, "pretrained", None) else f"random weights ({args.arch})"
     return (
-        f"{where}{load}; Python {platform.python_version()}, torch {torch.__version__}, diffusers "
+        f"{where}{load}; {weights}; Python {platform.python_version()}, torch {torch.__version__}, diffusers "
         f"{diffusers.__version__}, transformers {transformers.__version__}; {args.dtype}"
     )
 

@@ -130,10 +130,10 @@ def main() -> None:
             f"- N={n}: serial/ours = {common.fmt(s)}, ours/floor = {common.fmt(o, 3)}" for n, s, o in checks
         )
     body += (
-        f"\n\n{args.arch} at {args.resolution}px, --batch-size {args.batch_size}, {args.repeats} repeats; "
+        f"\n\n{args.label} at {args.resolution}px, --batch-size {args.batch_size}, {args.repeats} repeats; "
         "UNet samples count CFG's doubled batch."
     )
-    common.report(args, f"candidates: {args.arch}, {args.resolution}px, {args.device.type}", body, started)
+    common.report(args, f"candidates: {args.label}, {args.resolution}px, {args.device.type}", body, started)
 
 
 if __name__ == "__main__":

@@ -167,12 +167,12 @@ def main() -> None:
     )
     body = common.markdown_table(header, rows)
     body += (
-        f"\n\n{args.arch} at {args.resolution}px, --batch-size {args.batch_size}, --decode-batch-size "
+        f"\n\n{args.label} at {args.resolution}px, --batch-size {args.batch_size}, --decode-batch-size "
         f"{args.decode_batch_size}, --search {args.search}, median of {args.repeats} run(s) after a warm-up; stage "
         "times in seconds (share of the total). With one edit there is no reassembly (the optimal candidate is the "
         "result). Random weights: the optimal steps say nothing about quality."
     )
-    common.report(args, f"edit: {args.arch}, {args.resolution}px, {args.device.type}", body, started)
+    common.report(args, f"edit: {args.label}, {args.resolution}px, {args.device.type}", body, started)
 
 
 if __name__ == "__main__":

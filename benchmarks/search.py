@@ -99,7 +99,7 @@ def on_model(args, n: int, stride: int) -> tuple[list, list]:
             totals["distance"].append(abs(exhaustive - fast))
         rows.append([index, str(chosen["exhaustive"]), str(chosen["coarse-to-fine"])])
     summary = [
-        args.arch, n, stride, totals["count"], f"{100 * totals['hits'] / totals['count']:.1f}%",
+        args.label, n, stride, totals["count"], f"{100 * totals['hits'] / totals['count']:.1f}%",
         common.fmt(np.mean(totals["distance"])),
         f"{totals['samples']['coarse-to-fine']} / {totals['samples']['exhaustive']}",
         f"{100 * (1 - totals['samples']['coarse-to-fine'] / totals['samples']['exhaustive']):.0f}%",
@@ -144,7 +144,7 @@ def main() -> None:
         body += "\n\nOptimal steps per image (exhaustive vs coarse-to-fine): " + "; ".join(
             f"{row[1]} vs {row[2]}" for row in rows
         )
-    common.report(args, f"search: coarse-to-fine vs exhaustive ({args.arch})", body, started)
+    common.report(args, f"search: coarse-to-fine vs exhaustive ({args.label})", body, started)
 
 
 if __name__ == "__main__":

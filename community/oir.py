@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPModel, CLIPProcessor, CLIPTextModel, CLIPTokenizer
 
-from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, AutoencoderTiny, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.image_processor import PipelineImageInput, VaeImageProcessor
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput, logging
@@ -509,10 +509,12 @@ class OIRPipeline(DiffusionPipeline):
         clip_model ([`~transformers.CLIPModel`], *optional*): the CLIP model of the search metric (the paper uses
             `openai/clip-vit-base-patch16`). Needed unless every call passes `optimal_steps`.
         clip_processor ([`~transformers.CLIPProcessor`], *optional*): its processor (tokenizer, normalisation, size).
+        search_vae ([`AutoencoderTiny`], *optional*): a cheap decoder for the search's candidates only (e.g. TAESD,
+            `madebyollin/taesd`); the final image is always decoded by ``vae``.
     """
 
-    model_cpu_offload_seq = "text_encoder->unet->vae->clip_model"
-    _optional_components = ["clip_model", "clip_processor"]
+    model_cpu_offload_seq = "text_encoder->unet->search_vae->vae->clip_model"
+    _optional_components = ["clip_model", "clip_processor", "search_vae"]
 
     def __init__(
         self,
@@ -523,6 +525,7 @@ class OIRPipeline(DiffusionPipeline):
         scheduler: KarrasDiffusionSchedulers,
         clip_model: CLIPModel | None = None,
         clip_processor: CLIPProcessor | None = None,
+        search_vae: AutoencoderTiny | None = None,
     ):
         super().__init__()
         if not isinstance(scheduler, DDIMScheduler):
@@ -536,6 +539,7 @@ class OIRPipeline(DiffusionPipeline):
             scheduler=scheduler,
             clip_model=clip_model,
             clip_processor=clip_processor,
+            search_vae=search_vae,
         )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
@@ -1130,7 +1134,7 @@ class OIRPipeline(DiffusionPipeline):
         Returns the search records and the clean latent of each edit's optimal candidate.
         """
         if search_vae is None:
-            search_vae = getattr(self, "search_vae", None)
+            search_vae = self.search_vae
         device = self._execution_device
         embeds = self._unique_embeddings(list(prompts) + [inversion.prompt])
         texts = [edit.target if search_text == "phrase" else prompt for edit, prompt in zip(edits, prompts)]

@@ -103,3 +103,16 @@ def test_model_cpu_offload(sd_folder, clip):
         name for name, model in pipe.components.items() if hasattr(model, "_hf_hook")
     }
     np.testing.assert_allclose(edit(pipe).images, reference, atol=1e-6)
+
+
+def test_search_vae_component_loads_and_saves(sd_folder, clip, tmp_path):
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    taesd = AutoencoderTiny(encoder_block_out_channels=(4, 4, 4, 4), decoder_block_out_channels=(4, 4, 4, 4))
+    pipe = OIRPipeline.from_pretrained(sd_folder, search_vae=taesd, **clip)
+    assert pipe.search_vae is taesd
+    pipe.save_pretrained(tmp_path / "oir")
+    loaded = OIRPipeline.from_pretrained(tmp_path / "oir")
+    assert isinstance(loaded.search_vae, AutoencoderTiny)
+    assert edit(loaded).images.shape == (1, 64, 64, 3)

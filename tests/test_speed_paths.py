@@ -184,17 +184,6 @@ def test_search_vae_decodes_the_candidates_and_vae_the_result(image_module, two_
         pipe(image_module, "a photo of dumplings", "a photo of fried rice", search_vae="taesd", **kwargs)
 
 
-class PipelineWithSearchVae(pipeline_oir.OIRPipeline):
-    """An optional `search_vae` component, as `from_pretrained(..., search_vae=AutoencoderTiny...)` needs it."""
-
-    _optional_components = pipeline_oir.OIRPipeline._optional_components + ["search_vae"]
-
-    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, clip_model=None, clip_processor=None,
-                 search_vae=None):
-        super().__init__(vae, text_encoder, tokenizer, unet, scheduler, clip_model, clip_processor)
-        self.register_modules(search_vae=search_vae)
-
-
 def test_a_registered_search_vae_component_is_used_by_default(image_module):
     from oir.testing import tiny_components
 
@@ -202,7 +191,7 @@ def test_a_registered_search_vae_component_is_used_by_default(image_module):
     decoded = []
     original = taesd.decode
     taesd.decode = lambda x, *a, **k: decoded.append(x.shape[0]) or original(x, *a, **k)
-    pipe = PipelineWithSearchVae(**tiny_components(seed=0), search_vae=taesd)
+    pipe = pipeline_oir.OIRPipeline(**tiny_components(seed=0), search_vae=taesd)
     pipe.set_progress_bar_config(disable=True)
     mask = np.zeros((64, 64), dtype=bool)
     mask[8:40, 8:32] = True

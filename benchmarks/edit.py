@@ -125,7 +125,7 @@ def main() -> None:
     masks = boxes(args.resolution)
     recorder = common.UNetRecorder(pipe.unet)
 
-    rows, notes = [], []
+    rows = []
     for n in args.steps:
         for count in args.edits:
             edits = EDITS[:count]

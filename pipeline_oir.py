@@ -1258,7 +1258,8 @@ class OIRPipeline(DiffusionPipeline):
     @torch.no_grad()
     def _noise_difference_masks(
         self,
-        image: PipelineImageInput,
+        z_0: torch.Tensor,
+        size: tuple[int, int],
         source_prompt: str,
         target_prompts: Sequence[str],
         num_maps: int,
@@ -1268,10 +1269,8 @@ class OIRPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None,
     ) -> torch.Tensor:
         """DiffEdit-style masks ``(K, 1, H, W)``: where the noise predicted for a target prompt differs from the noise
-        predicted for the source prompt. ``num_maps`` noisings of the image at ``strength`` for all prompts go through
-        one batched UNet call."""
-        height, width = self._check_image(image)
-        z_0 = self.encode_image(self.preprocess_image(image))
+        predicted for the source prompt, at the image ``size`` ``(H, W)``. ``num_maps`` noisings of the image latent
+        ``z_0`` ``(1, C, h, w)`` at ``strength`` for all prompts go through one batched UNet call."""
         embeds = self.encode_prompt([source_prompt] + list(target_prompts))  # (1 + K, L, D)
         t = torch.tensor([min(int(strength * self.scheduler.config.num_train_timesteps), 999)], device=z_0.device)
         noise = randn_tensor((num_maps, *z_0.shape[1:]), generator=generator, device=z_0.device, dtype=z_0.dtype)
@@ -1284,7 +1283,7 @@ class OIRPipeline(DiffusionPipeline):
         eps = eps.view(count, num_maps, *eps.shape[1:])
         difference = (eps[1:] - eps[:1]).abs().mean(dim=(1, 2))  # (K, h, w)
         difference = difference / difference.flatten(1).max(dim=1).values.clamp(min=1e-12)[:, None, None]
-        masks = F.interpolate(difference[:, None], size=(height, width), mode="bilinear", align_corners=False)
+        masks = F.interpolate(difference[:, None], size=size, mode="bilinear", align_corners=False)
         masks = (masks >= threshold).float()
         if dilation > 0:
             masks = F.max_pool2d(masks, kernel_size=2 * dilation + 1, stride=1, padding=dilation)
@@ -1316,8 +1315,10 @@ class OIRPipeline(DiffusionPipeline):
             if not isinstance(prompt, str) or not prompt.strip():
                 raise ValueError(f"`{name}` must be a non-empty string, got {prompt!r}.")
         self._check_mask_options(num_maps, strength, threshold, dilation)
+        size = self._check_image(image)
         mask = self._noise_difference_masks(
-            image, source_prompt, [target_prompt], num_maps, strength, threshold, dilation, generator
+            self.encode_image(self.preprocess_image(image)), size, source_prompt, [target_prompt], num_maps, strength,
+            threshold, dilation, generator,
         )
         return _mask_image(mask[0])
 
@@ -1332,16 +1333,9 @@ class OIRPipeline(DiffusionPipeline):
         if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 0:
             raise ValueError(f"`dilation` must be a non-negative integer (pixels), got {dilation!r}.")
 
-    def _find_masks(
-        self, image, source_prompt: str, edits: Sequence[Edit], prompts: Sequence[str], mask_generator,
-        mask_options: dict, generator,
-    ) -> torch.Tensor:
-        """Masks ``(K, 1, H, W)`` from ``mask_generator(image, phrases)``, or from the built-in `generate_mask`."""
+    def _generated_masks(self, image, edits: Sequence[Edit], mask_generator) -> torch.Tensor:
+        """Masks ``(K, 1, H, W)`` from ``mask_generator(image, phrases)``, checked like the ``masks`` argument."""
         height, width = self._check_image(image)
-        if mask_generator is None:
-            logger.info("No `masks` or `mask_generator`: using the built-in noise-difference masks (`generate_mask`).")
-            masks = self._noise_difference_masks(image, source_prompt, prompts, generator=generator, **mask_options)
-            return self.prepare_masks(list(masks[:, 0]), height, width, name="generate_mask(...)")
         phrases = [edit.mask_phrase or edit.source for edit in edits]
         pil_image = self.image_processor.postprocess(self.preprocess_image(image), output_type="pil")[0]
         masks = mask_generator(pil_image, phrases)
@@ -1441,13 +1435,21 @@ class OIRPipeline(DiffusionPipeline):
             search=search, search_stride=search_stride, search_vae=search_vae,
         )
         reassemble = len(edits) > 1 if reassemble is None else reassemble
-        if masks is None:
-            masks = self._find_masks(image, source_prompt, edits, prompts, mask_generator, mask_options, generator)
+        if masks is None and mask_generator is not None:
+            masks = self._generated_masks(image, edits, mask_generator)
         reference = self.preprocess_image(image)
 
         # 1. Inversion: z_0 ... z_N with the source prompt.
         if inversion is None:
             inversion = self.invert(image, source_prompt, num_inference_steps)
+        if masks is None:
+            logger.info("No `masks` or `mask_generator`: using the built-in noise-difference masks (`generate_mask`).")
+            size = tuple(reference.shape[-2:])
+            masks = self._noise_difference_masks(
+                inversion.latents[:1].to(self._execution_device), size, source_prompt, prompts, generator=generator,
+                **mask_options,
+            )
+            masks = self.prepare_masks(list(masks[:, 0]), *size, name="generate_mask(...)")
 
         # 2-3. Candidates and search: i*_k for every edit (or the given optimal steps).
         if optimal_steps is None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import import_example
 from PIL import Image
 
 from oir.data import load_spec
@@ -19,12 +20,7 @@ SPECS = sorted(EXAMPLES.glob("*.yaml"))
 
 @pytest.fixture(scope="module")
 def make_examples():
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        import make_examples
-    finally:
-        sys.path.remove(str(EXAMPLES))
-    return make_examples
+    return import_example("make_examples")
 
 
 def test_there_are_examples_of_single_and_multi_object_edits():

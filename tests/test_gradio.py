@@ -3,11 +3,11 @@
 import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import import_example
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,12 +16,7 @@ EXAMPLES = ROOT / "examples"
 
 @pytest.fixture(scope="module")
 def gradio_app():
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        import gradio_app
-    finally:
-        sys.path.remove(str(EXAMPLES))
-    return gradio_app
+    return import_example("gradio_app")
 
 
 @pytest.fixture(scope="module")

@@ -268,12 +268,19 @@ def test_builtin_mask(tiny_pipe, image):
 
 
 def test_builtin_mask_is_used_without_masks(tiny_pipe, image):
-    out = tiny_pipe(
-        image, SOURCE, TARGET, num_inference_steps=4, generator=torch.Generator().manual_seed(0),
-        mask_options={"threshold": 0.6},
-    )
+    encodes = []
+    handle = tiny_pipe.vae.encoder.register_forward_pre_hook(lambda module, args: encodes.append(1))
+    try:
+        out = tiny_pipe(
+            image, SOURCE, TARGET, num_inference_steps=4, generator=torch.Generator().manual_seed(0),
+            mask_options={"threshold": 0.6},
+        )
+    finally:
+        handle.remove()
+    assert len(encodes) == 1  # the mask reuses the inversion's z_0
+    z_0 = tiny_pipe.encode_image(tiny_pipe.preprocess_image(image))
     expected = tiny_pipe._noise_difference_masks(
-        image, SOURCE, [r.guided_prompt for r in out.search], 10, 0.5, 0.6, 0, torch.Generator().manual_seed(0)
+        z_0, (64, 64), SOURCE, [r.guided_prompt for r in out.search], 10, 0.5, 0.6, 0, torch.Generator().manual_seed(0)
     )
     for record, mask in zip(out.search, expected):
         assert np.array_equal(np.asarray(record.mask) > 0, mask[0].numpy() > 0)
